@@ -1,0 +1,42 @@
+"""Option types shared by every command (Annotated aliases, as huggingface_hub's CLI does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+SrcArg = Annotated[Path, typer.Argument(help="Source checkpoint: .safetensors, .pt/.pth/.bin, or a sharded folder.", show_default=False)]
+DstArg = Annotated[Path, typer.Argument(help="Output file; its extension picks the format (.safetensors, .pt, .pth, .bin).", show_default=False)]
+KeyOpt = Annotated[
+    Optional[str],
+    typer.Option("--key", help="Dotted path of the state dict in a training checkpoint (default: as timm picks).", show_default=False),
+]
+StripPrefixOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--strip-prefix", help="Remove this leading prefix from every name that has it (repeatable), e.g. 'module.'.", show_default=False),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of the table.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="List kept tensors too.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No report and no progress bar; errors only.")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="Reopen DST after writing and check every tensor.")]
+AddPrefixOpt = Annotated[
+    Optional[str], typer.Option("--add-prefix", help="Put this prefix before every name.", show_default=False)
+]
+RenameOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--rename", help="'REGEX=>REPLACEMENT' applied to every name (repeatable, in order; Python re syntax).", show_default=False),
+]
+SelectOpt = Annotated[
+    Optional[list[str]], typer.Option("--select", help="Keep only names matching this glob (repeatable).", show_default=False)
+]
+DropOpt = Annotated[
+    Optional[list[str]], typer.Option("--drop", help="Drop names matching this glob (repeatable).", show_default=False)
+]
+DtypeOpt = Annotated[
+    Optional[str],
+    typer.Option("--dtype", help="Cast floating tensors to float16, bfloat16 or float32 (integer and bool buffers keep theirs).", show_default=False),
+]

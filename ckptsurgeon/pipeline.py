@@ -1,0 +1,198 @@
+"""Run transforms in order over a lazily opened checkpoint, then write once, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ckptsurgeon.checkpoint import Checkpoint, TensorRef
+from ckptsurgeon.errors import SurgeonError
+from ckptsurgeon.report import Entry, Report, StepSummary, TensorInfo
+from ckptsurgeon.transforms import State, StepResult, Transform
+
+if TYPE_CHECKING:
+    import torch
+
+_HEADLINE = ("dropped", "added", "reshaped", "cast", "renamed")
+
+
+def _info(ref: TensorRef) -> TensorInfo:
+    return TensorInfo(tuple(ref.shape), ref.dtype)
+
+
+class Pipeline:
+    """An ordered list of transforms, run over one checkpoint and written once.
+
+    Example:
+        >>> from ckptsurgeon import Pipeline, StripPrefix
+        >>> report = Pipeline([StripPrefix("module.")]).run("ddp.pth", "plain.safetensors")
+        >>> report.counts()["renamed"]
+        62
+    """
+
+    def __init__(self, steps: Sequence[Transform] = ()):
+        self.steps = list(steps)
+
+    def apply(self, ckpt: Checkpoint) -> tuple[State, Report]:
+        """Run every step over ``ckpt`` in memory-light form; nothing is written."""
+        state = State(dict(ckpt.tensors), dict(ckpt.metadata))
+        report = Report(
+            source=ckpt.path,
+            source_format=ckpt.format,
+            container=_container_json(ckpt),
+            notes=list(ckpt.notes),
+            params_before=ckpt.num_params,
+        )
+        origin: dict[str, str | None] = {n: n for n in state.tensors}
+        history: dict[str, list[str]] = {n: [] for n in state.tensors}
+        details: dict[str, list[str]] = {n: [] for n in state.tensors}
+        added: dict[str, list[str]] = {}
+        for step in self.steps:
+            result = step.apply(state)
+            _track(result, state, origin, history, details, added)
+            report.steps.append(StepSummary(step.op, step.params(), result.lines, result.facts))
+            state = result.state
+        if not any(s.op == "strip-prefix" for s in self.steps):
+            names = list(state.tensors)
+            for prefix in ("module.", "_orig_mod."):
+                if names and all(n.startswith(prefix) for n in names):
+                    report.notes.append(f"every name starts with {prefix!r}: --strip-prefix {prefix} removes it")
+        tied = [g for g in Checkpoint("", "", state.tensors).tied_groups()]
+        for group in tied:
+            report.notes.append(f"tensors sharing one storage: {', '.join(group)}")
+
+        final_of = {src: cur for cur, src in origin.items() if src is not None}
+        for name, ref in ckpt.tensors.items():
+            before = _info(ref)
+            acts = history[name]
+            if name not in final_of:
+                report.entries.append(Entry(name, "dropped", acts, name, before, None, "; ".join(details[name])))
+                continue
+            cur = final_of[name]
+            headline = next((a for a in _HEADLINE if a in acts), "kept")
+            after = _info(state.tensors[cur])
+            report.entries.append(Entry(cur, headline, acts or ["kept"], name, before, after, "; ".join(details[name])))
+        for name, acts in added.items():
+            if name in state.tensors:
+                detail = "; ".join(details.get(name, []))
+                report.entries.append(Entry(name, "added", acts, None, None, _info(state.tensors[name]), detail))
+        report.params_after = sum(r.numel for r in state.tensors.values())
+        report.metadata_out = dict(state.metadata)
+        return state, report
+
+    def run(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike | None = None,
+        *,
+        key: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        verify: bool = False,
+    ) -> Report:
+        """Open ``src``, apply the steps, write ``dst`` (unless ``dry_run``) and return the Report.
+
+        Raises:
+            SurgeonError: bad input, a step that cannot apply, or an output that cannot be written.
+        """
+        from ckptsurgeon.formats import open_checkpoint
+        from ckptsurgeon.formats import writer as w
+
+        src = os.fspath(src)
+        fmt = None
+        if dst is not None:
+            dst = os.fspath(dst)
+            fmt = w.output_format(dst)
+            w.check_destination(dst, [src], force)
+        ckpt = open_checkpoint(src, key=key)
+        state, report = self.apply(ckpt)
+        if dst is None:
+            return report
+        report.output, report.output_format, report.dry_run = dst, fmt, dry_run
+        refs = list(state.tensors.values())
+        if fmt == "safetensors":
+            report.metadata_out = _provenance(state.metadata, self.steps)
+        if dry_run:
+            return report
+        if fmt == "safetensors":
+            report.output_bytes = w.write_safetensors(refs, report.metadata_out, dst)
+        else:
+            report.output_bytes = w.write_pt(refs, dst)
+        if verify:
+            from ckptsurgeon.verify import verify_output
+
+            verify_output(dst, refs)
+            report.notes.append("verified: every tensor in the output matches what was intended")
+        return report
+
+    def state_dict(self, src: str | os.PathLike, *, key: str | None = None) -> dict[str, torch.Tensor]:
+        """Apply the steps and return the result in memory as ``{name: tensor}``, writing nothing.
+
+        Example:
+            >>> sd = Pipeline([AdaptHead(num_classes=7)]).state_dict("resnet.pth")
+            >>> model.load_state_dict(sd, strict=False)
+        """
+        from ckptsurgeon.formats import open_checkpoint
+
+        state, _ = self.apply(open_checkpoint(os.fspath(src), key=key))
+        return {name: ref.load() for name, ref in state.tensors.items()}
+
+
+def _track(result: StepResult, before: State, origin, history, details, added) -> None:
+    """Follow each key through one step's changes, so the report can say where it ended."""
+    for ch in result.changes:
+        if ch.action == "renamed":
+            src = origin.pop(ch.old_name)
+            origin[ch.name] = src
+            key = src if src is not None else ch.old_name
+            if src is None:
+                added[ch.name] = added.pop(ch.old_name)
+                details[ch.name] = details.pop(ch.old_name, [])
+            (history[key] if src is not None else added[ch.name]).append("renamed")
+            if ch.detail:
+                details.setdefault(src if src is not None else ch.name, []).append(ch.detail)
+            continue
+        if ch.action == "added":
+            origin[ch.name] = None
+            added[ch.name] = ["added"]
+            details[ch.name] = [ch.detail] if ch.detail else []
+            continue
+        src = origin.get(ch.name)
+        if ch.action == "dropped":
+            origin.pop(ch.name, None)
+            if src is None:
+                added.pop(ch.name, None)
+                continue
+        acts = history[src] if src is not None else added.setdefault(ch.name, ["added"])
+        if ch.action not in acts:
+            acts.append(ch.action)
+        if ch.detail:
+            details.setdefault(src if src is not None else ch.name, []).append(ch.detail)
+    missing = set(origin) - set(result.state.tensors)
+    extra = set(result.state.tensors) - set(origin)
+    if missing or extra:
+        raise SurgeonError(
+            f"internal error: a step changed keys it did not report ({sorted(missing)[:3]}, {sorted(extra)[:3]})"
+        )
+
+
+def _container_json(ckpt: Checkpoint) -> dict[str, Any]:
+    return {"key": ckpt.container.key, "reason": ckpt.container.reason, "others": ckpt.container.others}
+
+
+def _provenance(metadata: dict[str, str], steps: Sequence[Transform]) -> dict[str, str]:
+    """The source's metadata plus what produced this file (appended to any earlier history)."""
+    from ckptsurgeon import __version__
+
+    out = dict(metadata)
+    try:
+        ops = json.loads(out.get("ckptsurgeon_operations", "[]"))
+        ops = ops if isinstance(ops, list) else []
+    except ValueError:
+        ops = []
+    ops.append([{"op": s.op, **s.params()} for s in steps])
+    out["ckptsurgeon_version"] = __version__
+    out["ckptsurgeon_operations"] = json.dumps(ops, separators=(",", ":"))
+    return out
