@@ -38,8 +38,7 @@ def inspect_checkpoint(
         refs = [r for r in refs if any(fnmatch.fnmatchcase(r.name, g) for g in filters)]
     names = {r.name for r in refs}
     tensors = [
-        {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "numel": r.numel, "nbytes": r.nbytes}
-        for r in refs
+        {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "numel": r.numel, "nbytes": r.nbytes} for r in refs
     ]
     groups: dict[Any, list[str]] = {}
     for r in state.tensors.values():
@@ -55,7 +54,7 @@ def inspect_checkpoint(
         "dtypes": dict(Counter(t["dtype"] for t in tensors)),
         "filters": list(filters),
         "container": {"key": ckpt.container.key, "reason": ckpt.container.reason, "others": ckpt.container.others},
-        "metadata": dict(ckpt.metadata),
+        "metadata": dict(sorted(ckpt.metadata.items())),
         "tied": [g for g in groups.values() if len(g) > 1],
         "notes": [n for n in report.notes],
         "tensors": tensors,

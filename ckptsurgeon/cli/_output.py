@@ -14,7 +14,7 @@ STYLE = {"kept": "dim", "dropped": "red", "reshaped": "yellow", "added": "green"
 def stdout_console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def print_json(doc: Any) -> None:
