@@ -91,8 +91,14 @@ class Pipeline:
         force: bool = False,
         dry_run: bool = False,
         verify: bool = False,
+        max_shard_size: int | str | None = None,
+        progress: bool = False,
     ) -> Report:
         """Open ``src``, apply the steps, write ``dst`` (unless ``dry_run``) and return the Report.
+
+        ``dst`` may be a folder (or end with '/'), or ``max_shard_size`` (``"5GB"``) may be given:
+        the output is then sharded as transformers writes it (see ``formats.writer.plan_output``).
+        ``progress`` shows a byte progress bar on stderr while writing takes more than a second.
 
         Raises:
             SurgeonError: bad input, a step that cannot apply, or an output that cannot be written.
@@ -101,29 +107,32 @@ class Pipeline:
         from ckptsurgeon.formats import writer as w
 
         src = os.fspath(src)
-        fmt = None
+        target = None
         if dst is not None:
             dst = os.fspath(dst)
-            fmt = w.output_format(dst)
-            w.check_destination(dst, [src], force)
+            target = w.plan_output(dst, max_shard_size)
+            w.check_target(target, [src], force)
         ckpt = open_checkpoint(src, key=key)
         state, report = self.apply(ckpt)
-        if dst is None:
+        if dst is None or target is None:
             return report
+        fmt = target.format
         report.output, report.output_format, report.dry_run = dst, fmt, dry_run
         refs = list(state.tensors.values())
         if fmt == "safetensors":
-            report.metadata_out = _provenance(state.metadata, self.steps)
+            report.metadata_out = w.safetensors_metadata(_provenance(state.metadata, self.steps))
         if dry_run:
             return report
-        if fmt == "safetensors":
-            report.output_bytes = w.write_safetensors(refs, report.metadata_out, dst)
-        else:
-            report.output_bytes = w.write_pt(refs, dst)
+        from ckptsurgeon.progress import ByteProgress
+
+        with ByteProgress(sum(r.nbytes for r in refs), f"writing {dst}", enabled=progress) as advance:
+            report.output_bytes = w.write(target, refs, report.metadata_out, advance)
+        if target.sharded:
+            report.notes.append(_sharded_note(target))
         if verify:
             from ckptsurgeon.verify import verify_output
 
-            verify_output(dst, refs)
+            verify_output(target.result, refs)
             report.notes.append("verified: every tensor in the output matches what was intended")
         return report
 
@@ -150,7 +159,9 @@ def _track(result: StepResult, before: State, origin, history, details, added) -
             if src is None:
                 added[ch.name] = added.pop(ch.old_name)
                 details[ch.name] = details.pop(ch.old_name, [])
-            (history[key] if src is not None else added[ch.name]).append("renamed")
+            acts = history[key] if src is not None else added[ch.name]
+            if "renamed" not in acts:
+                acts.append("renamed")
             if ch.detail:
                 details.setdefault(src if src is not None else ch.name, []).append(ch.detail)
             continue
@@ -176,6 +187,13 @@ def _track(result: StepResult, before: State, origin, history, details, added) -
         raise SurgeonError(
             f"internal error: a step changed keys it did not report ({sorted(missing)[:3]}, {sorted(extra)[:3]})"
         )
+
+
+def _sharded_note(target) -> str:
+    if not target.index_written:
+        return f"everything fits in one shard: wrote just {target.result}"
+    n = len(target.files) - 1
+    return f"sharded output: {n} shard{'s' if n != 1 else ''} listed in {target.result}"
 
 
 def _container_json(ckpt: Checkpoint) -> dict[str, Any]:

@@ -64,7 +64,12 @@ class StepSummary:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "params": self.params, "summary": self.lines, **({"facts": self.facts} if self.facts else {})}
+        return {
+            "op": self.op,
+            "params": self.params,
+            "summary": self.lines,
+            **({"facts": self.facts} if self.facts else {}),
+        }
 
 
 @dataclass

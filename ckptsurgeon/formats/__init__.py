@@ -70,7 +70,11 @@ def _open_torch(path: str, fmt: str, key: str | None) -> Checkpoint:
         def to_ref(name: str, value: Any) -> TensorRef | None:
             if isinstance(value, torch.Tensor):
                 if value.layout != torch.strided or value.is_quantized:
-                    raise SurgeonError(f"tensor {name!r} is {value.layout}; only dense tensors are supported", path=path)
+                    raise SurgeonError(
+                        f"tensor {name!r} is {value.layout}; only dense tensors are supported", path=path
+                    )
+                storage_numel = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+                torch_io.check_expansion(name, value.numel(), storage_numel, value.element_size(), path)
                 return TensorRef.from_tensor(name, value)
             return None
 
@@ -88,7 +92,9 @@ def _open_torch(path: str, fmt: str, key: str | None) -> Checkpoint:
             tensors[str(name)] = ref
     ckpt = Checkpoint(path=path, format=fmt, tensors=tensors, container=container)
     if skipped:
-        ckpt.notes.append(f"{len(skipped)} non-tensor entries in the state dict were left out: {', '.join(skipped[:5])}")
+        ckpt.notes.append(
+            f"{len(skipped)} non-tensor entries in the state dict were left out: {', '.join(skipped[:5])}"
+        )
     return ckpt
 
 
@@ -116,6 +122,8 @@ def describe_value(value: Any, is_tensor) -> str:
         return repr(value if len(value) <= 40 else value[:37] + "...")
     if is_tensor(value):
         return "1 tensor"
+    if isinstance(getattr(value, "summary", None), str):  # a placeholder for a value not read
+        return value.summary
     if isinstance(value, (dict, list, tuple)):
         n = _count_tensors(value, is_tensor)
         if n:
@@ -123,6 +131,12 @@ def describe_value(value: Any, is_tensor) -> str:
         kind = type(value).__name__ if not isinstance(value, dict) else "dict"
         return f"{kind} of {len(value)} {'keys' if isinstance(value, dict) else 'items'}"
     return type(value).__name__
+
+
+def _shown(key: Any) -> str:
+    """A key as a message shows it: as is, or quoted when it holds a newline or other control character."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def pick_state_dict(obj: Any, key: str | None, is_tensor, path: str) -> tuple[dict, Container]:
@@ -133,7 +147,7 @@ def pick_state_dict(obj: Any, key: str | None, is_tensor, path: str) -> tuple[di
         node: Any = obj
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                top = ", ".join(str(k) for k in list(obj)[:12])
+                top = ", ".join(_shown(k) for k in list(obj)[:12])
                 raise SurgeonError(f"--key {key!r} not found (top-level keys: {top})", path=path)
             node = node[part]
         if not isinstance(node, dict):
@@ -151,7 +165,7 @@ def pick_state_dict(obj: Any, key: str | None, is_tensor, path: str) -> tuple[di
         others = {str(k): describe_value(v, is_tensor) for k, v in obj.items() if not is_tensor(v)}
         state = {k: v for k, v in obj.items() if is_tensor(v)}
         return state, Container(key=None, reason="the file is a plain dict of tensors", others=others)
-    summary = ", ".join(f"{k} ({describe_value(v, is_tensor)})" for k, v in list(obj.items())[:8])
+    summary = ", ".join(f"{_shown(k)} ({describe_value(v, is_tensor)})" for k, v in list(obj.items())[:8])
     raise SurgeonError(
         f"no state dict found; the file holds: {summary}",
         path=path,

@@ -34,6 +34,8 @@ def sniff(path: str) -> str:
         raise SurgeonError(f"cannot read: {e.strerror}", path=path) from None
     if size == 0:
         raise SurgeonError("the file is empty, not a checkpoint", path=path)
+    if size < 10:  # the smallest safetensors file is 8 bytes of length and a 2-byte "{}"
+        raise SurgeonError(f"the file is only {size} bytes: too short to be a checkpoint (truncated?)", path=path)
     if head.startswith(_LFS):
         raise SurgeonError(
             "this is a Git LFS pointer file, not the weights",
@@ -44,33 +46,29 @@ def sniff(path: str) -> str:
         return TORCH_ZIP
     if head[:1] == b"\x80" and _LEGACY_MAGIC in head[:16]:
         return TORCH_LEGACY
+    # a safetensors header length can start with byte 0x80 too: its JSON's "{" tells it from a pickle
+    n = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] == b"{" and n <= size - 8:
+        return SAFETENSORS
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         raise SurgeonError(
             "this is a bare pickle, not a torch checkpoint; pickles can run code and are not loaded",
             path=path,
         )
     if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
         if head[8:9] == b"{" or 2 <= n <= min(MAX_HEADER, size - 8):
             if n > size - 8:
                 raise SurgeonError(
-                    f"safetensors header says {n} bytes but the file has {size}: "
-                    "a truncated download?",
+                    f"safetensors header length is {n:,} bytes but the file has {size:,}: a truncated download?",
                     path=path,
                 )
             return SAFETENSORS
         if path.endswith(".json"):
             return _sniff_json(path)
-        if n > MAX_HEADER or n > size:
-            raise SurgeonError(
-                _describe(head, size)
-                + (
-                    "; read as safetensors its header length would be "
-                    f"{n:,} bytes, which is absurd: a Git LFS pointer or a truncated download?"
-                ),
-                path=path,
-            )
-    raise SurgeonError(_describe(head, size), path=path)
+    described = _describe(head, size)
+    if path.lower().endswith(".safetensors") and described.startswith("unrecognised"):
+        described += f"; as safetensors its header length would be {n:,} bytes: a truncated download?"
+    raise SurgeonError(described, path=path)
 
 
 def _describe(head: bytes, size: int) -> str:
@@ -79,7 +77,8 @@ def _describe(head: bytes, size: int) -> str:
         if text.lstrip().startswith(("{", "[")):
             return "this is JSON text, not a checkpoint"
         if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
-            return "this is a text file, not a checkpoint"
+            first = text.strip().splitlines()[0] if text.strip() else ""
+            return f"this is a text file, not a checkpoint (it starts {first[:40]!r})"
     except UnicodeDecodeError:
         pass
     return f"unrecognised format ({size:,} bytes starting {head[:8].hex(' ')}): not safetensors or a torch file"
@@ -89,7 +88,7 @@ def _sniff_json(path: str) -> str:
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read(16 * 1024 * 1024))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise SurgeonError(f"not a valid index file: {e}", path=path) from None
     if isinstance(doc, dict) and "weight_map" in doc:
         return SHARDED
