@@ -24,14 +24,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+from ckptsurgeon.cli import adapt_head as _adapt_head  # noqa: E402
+from ckptsurgeon.cli import adapt_stem as _adapt_stem  # noqa: E402
 from ckptsurgeon.cli import convert as _convert  # noqa: E402
+from ckptsurgeon.cli import diff as _diff  # noqa: E402
 from ckptsurgeon.cli import inspect as _inspect  # noqa: E402
+from ckptsurgeon.cli import run as _run  # noqa: E402
 
 _inspect.register(app)
 _convert.register(app)
+_adapt_head.register(app)
+_adapt_stem.register(app)
+_diff.register(app)
+_run.register(app)
 
 
 def _fail(message: str, code: int = 2) -> None:
+    # One line, whatever a file put into the message: control characters become spaces.
+    message = "".join(c if c.isprintable() else " " for c in message)
     sys.stderr.write(f"ckptsurgeon: {message}\n")
     sys.stderr.flush()
     sys.exit(code)

@@ -7,15 +7,34 @@ from typing import Annotated, Optional
 
 import typer
 
-SrcArg = Annotated[Path, typer.Argument(help="Source checkpoint: .safetensors, .pt/.pth/.bin, or a sharded folder.", show_default=False)]
-DstArg = Annotated[Path, typer.Argument(help="Output file; its extension picks the format (.safetensors, .pt, .pth, .bin).", show_default=False)]
+SrcArg = Annotated[
+    Path,
+    typer.Argument(help="Source checkpoint: .safetensors, .pt/.pth/.bin, or a sharded folder.", show_default=False),
+]
+# str, not Path: Path("out/") drops the trailing '/' that asks for a sharded folder.
+DstArg = Annotated[
+    str,
+    typer.Argument(
+        help="Output file; its extension picks the format (.safetensors, .pt, .pth, .bin). "
+        "A folder (or a path ending in '/') gets safetensors shards and model.safetensors.index.json.",
+        show_default=False,
+    ),
+]
 KeyOpt = Annotated[
     Optional[str],
-    typer.Option("--key", help="Dotted path of the state dict in a training checkpoint (default: as timm picks).", show_default=False),
+    typer.Option(
+        "--key",
+        help="Dotted path of the state dict in a training checkpoint (default: as timm picks).",
+        show_default=False,
+    ),
 ]
 StripPrefixOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--strip-prefix", help="Remove this leading prefix from every name that has it (repeatable), e.g. 'module.'.", show_default=False),
+    typer.Option(
+        "--strip-prefix",
+        help="Remove this leading prefix from every name that has it (repeatable), e.g. 'module.'.",
+        show_default=False,
+    ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Report what would happen; write nothing.")]
@@ -28,15 +47,33 @@ AddPrefixOpt = Annotated[
 ]
 RenameOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--rename", help="'REGEX=>REPLACEMENT' applied to every name (repeatable, in order; Python re syntax).", show_default=False),
+    typer.Option(
+        "--rename",
+        help="'REGEX=>REPLACEMENT' applied to every name (repeatable, in order; Python re syntax).",
+        show_default=False,
+    ),
 ]
 SelectOpt = Annotated[
-    Optional[list[str]], typer.Option("--select", help="Keep only names matching this glob (repeatable).", show_default=False)
+    Optional[list[str]],
+    typer.Option("--select", help="Keep only names matching this glob (repeatable).", show_default=False),
 ]
 DropOpt = Annotated[
     Optional[list[str]], typer.Option("--drop", help="Drop names matching this glob (repeatable).", show_default=False)
 ]
 DtypeOpt = Annotated[
     Optional[str],
-    typer.Option("--dtype", help="Cast floating tensors to float16, bfloat16 or float32 (integer and bool buffers keep theirs).", show_default=False),
+    typer.Option(
+        "--dtype",
+        help="Cast floating tensors to float16, bfloat16 or float32 (integer and bool buffers keep theirs).",
+        show_default=False,
+    ),
+]
+MaxShardSizeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-shard-size",
+        help="Split the output into shards of at most this size (5GB, 500MB, 2GiB), named and indexed as "
+        "transformers does; one file if everything fits.",
+        show_default=False,
+    ),
 ]

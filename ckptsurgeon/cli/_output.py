@@ -8,6 +8,7 @@ from typing import Any
 
 from ckptsurgeon.report import Report
 
+FOLD_AFTER = 12  # rows of one action shown before the rest are counted
 STYLE = {"kept": "dim", "dropped": "red", "reshaped": "yellow", "added": "green", "renamed": "cyan", "cast": "magenta"}
 
 
@@ -63,20 +64,37 @@ def render_report(report: Report, *, as_json: bool, verbose: bool, quiet: bool =
             console.print(f"[bold]{step.op}[/] {line}")
 
     rows = [e for e in report.entries if verbose or e.action != "kept"]
+    hidden: dict[str, int] = {}
+    if not verbose:  # one screen: long runs of one action are cut to their first rows
+        shown: dict[str, int] = {}
+        kept_rows = []
+        for e in rows:
+            shown[e.action] = shown.get(e.action, 0) + 1
+            if shown[e.action] <= FOLD_AFTER:
+                kept_rows.append(e)
+            else:
+                hidden[e.action] = hidden.get(e.action, 0) + 1
+        rows = kept_rows
     if rows:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
-        table.add_column("action")
-        table.add_column("name")
-        table.add_column("before")
-        table.add_column("after")
-        table.add_column("detail", overflow="fold")
+        # The step lines above already give the details in full; a narrow terminal shows them there only.
+        with_detail = console.width >= 120
+        table.add_column("action", no_wrap=True)
+        table.add_column("name", overflow="fold", min_width=12)
+        table.add_column("before", no_wrap=True)
+        table.add_column("after", no_wrap=True)
+        if with_detail:
+            table.add_column("detail", overflow="fold")
         for e in rows:
             name = e.name if not e.source_name or e.source_name == e.name else f"{e.source_name} → {e.name}"
             before = f"{shape_str(e.before.shape)} {e.before.dtype}" if e.before else "-"
             after = f"{shape_str(e.after.shape)} {e.after.dtype}" if e.after else "-"
             label = "+".join(a for a in e.actions) if len(e.actions) > 1 else e.action
-            table.add_row(Text(label, style=STYLE[e.action]), name, before, after, e.detail)
+            cells = [Text(label, style=STYLE[e.action]), name, before, after]
+            table.add_row(*cells, *([e.detail] if with_detail else []))
         console.print(table)
+        for action, n in hidden.items():
+            console.print(f"[{STYLE[action]}]… and {n} more {action}[/] [dim](--verbose lists them)[/]")
     for note in report.notes:
         console.print(f"[dim]note:[/] {note}")
 

@@ -27,14 +27,27 @@ def convert(
     force: o.ForceOpt = False,
     dry_run: o.DryRunOpt = False,
     verify: o.VerifyOpt = False,
+    max_shard_size: o.MaxShardSizeOpt = None,
     json_: o.JsonOpt = False,
     verbose: o.VerboseOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Convert between .pt/.pth/.bin and .safetensors (bit-exact), optionally picking or renaming."""
     keys = KeyOptions(strip_prefix, add_prefix, rename, select, drop, dtype)
-    run_pipeline([], src, dst, key=key, keys=keys, force=force, dry_run=dry_run,
-                 verify=verify, as_json=json_, verbose=verbose, quiet=quiet)
+    run_pipeline(
+        [],
+        src,
+        dst,
+        key=key,
+        keys=keys,
+        force=force,
+        dry_run=dry_run,
+        verify=verify,
+        max_shard_size=max_shard_size,
+        as_json=json_,
+        verbose=verbose,
+        quiet=quiet,
+    )
 
 
 def register(app: typer.Typer) -> None:

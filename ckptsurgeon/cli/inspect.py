@@ -23,9 +23,15 @@ def inspect(
     strip_prefix: o.StripPrefixOpt = None,
     filter_: Annotated[
         Optional[list[str]],
-        typer.Option("--filter", help="Only tensors whose name matches this glob (repeatable; any may match).", show_default=False),
+        typer.Option(
+            "--filter",
+            help="Only tensors whose name matches this glob (repeatable; any may match).",
+            show_default=False,
+        ),
     ] = None,
-    tree_: Annotated[bool, typer.Option("--tree", help="Group by dotted prefix with parameter counts; fold numbered blocks.")] = False,
+    tree_: Annotated[
+        bool, typer.Option("--tree", help="Group by dotted prefix with parameter counts; fold numbered blocks.")
+    ] = False,
     json_: o.JsonOpt = False,
 ) -> None:
     """Show format, container, metadata and every tensor (name, shape, dtype, parameters, bytes)."""
@@ -48,10 +54,18 @@ def inspect(
         console.print(tree(info["tensors"]))
     else:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
-        for col, justify in (("name", "left"), ("shape", "left"), ("dtype", "left"), ("params", "right"), ("bytes", "right")):
+        for col, justify in (
+            ("name", "left"),
+            ("shape", "left"),
+            ("dtype", "left"),
+            ("params", "right"),
+            ("bytes", "right"),
+        ):
             table.add_column(col, justify=justify)
         for t in info["tensors"]:
-            table.add_row(t["name"], shape_str(t["shape"]), t["dtype"], human_count(t["numel"]), human_bytes(t["nbytes"]))
+            table.add_row(
+                t["name"], shape_str(t["shape"]), t["dtype"], human_count(t["numel"]), human_bytes(t["nbytes"])
+            )
         console.print(table)
     for group in info["tied"]:
         console.print(f"[dim]shared storage:[/] {', '.join(group)}")
