@@ -45,9 +45,11 @@ class StorageRef:
 class TensorRef:
     """One named tensor of a checkpoint, loaded only on demand.
 
-    Exactly one of ``span``/``storage``/``tensor``/``loader`` says where the data is:
+    ``span``/``storage``/``tensor``/``loader`` say where the data is (a torch-zip tensor may have
+    both ``span`` and ``storage``):
     - ``span``: the bytes lie contiguously in a file (copied as bytes by writers);
-    - ``storage``: a strided view into a torch storage record;
+    - ``storage``: a (possibly strided) view into a torch storage record, kept so `.pt` output can
+      preserve sharing;
     - ``tensor``: already in memory (computed by a transform, or loaded by torch);
     - ``loader``: a callable returning the tensor.
     ``alias`` identifies the underlying storage, so tied tensors can be recognised.
@@ -130,7 +132,13 @@ class Container:
 
 @dataclass
 class Checkpoint:
-    """A lazily read checkpoint: ordered name → TensorRef, plus file-level facts."""
+    """A lazily read checkpoint: ordered name → TensorRef, plus file-level facts.
+
+    Example:
+        >>> ckpt = open_checkpoint("fixtures/train.pth")
+        >>> ckpt.container.key, ckpt.num_params
+        ('state_dict_ema', 39142)
+    """
 
     path: str
     format: str  # "safetensors", "torch-zip", "torch-legacy", "sharded-safetensors", ...

@@ -96,6 +96,11 @@ class Pipeline:
     ) -> Report:
         """Open ``src``, apply the steps, write ``dst`` (unless ``dry_run``) and return the Report.
 
+        Example:
+            >>> report = Pipeline([AdaptHead(num_classes=7)]).run("resnet.pth", "resnet7.safetensors")
+            >>> report.counts()["dropped"], report.output_bytes
+            (2, 161816)
+
         ``dst`` may be a folder (or end with '/'), or ``max_shard_size`` (``"5GB"``) may be given:
         the output is then sharded as transformers writes it (see ``formats.writer.plan_output``).
         ``progress`` shows a byte progress bar on stderr while writing takes more than a second.

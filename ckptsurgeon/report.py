@@ -74,7 +74,13 @@ class StepSummary:
 
 @dataclass
 class Report:
-    """Everything a command did: source facts, per-key entries, step summaries, output facts."""
+    """Everything a command did: source facts, per-key entries, step summaries, output facts.
+
+    Example:
+        >>> report = Pipeline([StripPrefix("module.")]).run("ddp.pth", "plain.pt")
+        >>> report.counts()["renamed"], report.to_json()["keys"][0]["name"]
+        (74, 'conv1.weight')
+    """
 
     source: str
     source_format: str

@@ -15,7 +15,13 @@ from ckptsurgeon.report import Change
 
 @dataclass
 class State:
-    """The checkpoint as the pipeline sees it between steps."""
+    """The checkpoint as the pipeline sees it between steps: name → TensorRef, and metadata.
+
+    Example:
+        >>> state = State(dict(open_checkpoint("resnet.pth").tensors))
+        >>> state.tensors["fc.weight"].shape
+        (10, 32)
+    """
 
     tensors: dict[str, TensorRef]
     metadata: dict[str, str] = field(default_factory=dict)
@@ -30,7 +36,17 @@ class StepResult:
 
 
 class Transform:
-    """Base class: subclasses set ``op`` and implement ``apply`` and ``params``."""
+    """Base class: subclasses set ``op`` and implement ``apply`` and ``params``.
+
+    Example (a transform that drops optimizer-only buffers):
+        >>> class DropEma(Transform):
+        ...     op = "drop-ema"
+        ...     def apply(self, state):
+        ...         gone = [n for n in state.tensors if n.endswith("_ema")]
+        ...         kept = {n: r for n, r in state.tensors.items() if n not in gone}
+        ...         return StepResult(State(kept, state.metadata), [Change("dropped", n) for n in gone])
+        >>> Pipeline([DropEma()]).run("in.pth", "out.pth")
+    """
 
     op: ClassVar[str] = ""
 
