@@ -146,6 +146,8 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
     container: Container = field(default_factory=Container)
     notes: list[str] = field(default_factory=list)
+    # torch's per-module version table (a state dict's ``_metadata``): some modules need it to load
+    module_versions: dict[str, dict] | None = None
 
     @property
     def num_params(self) -> int:

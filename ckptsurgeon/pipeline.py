@@ -49,9 +49,11 @@ class Pipeline:
         history: dict[str, list[str]] = {n: [] for n in state.tensors}
         details: dict[str, list[str]] = {n: [] for n in state.tensors}
         added: dict[str, list[str]] = {}
+        versions = ckpt.module_versions
         for step in self.steps:
             result = step.apply(state)
             _track(result, state, origin, history, details, added)
+            versions = _remap_versions(versions, result.changes)
             report.steps.append(StepSummary(step.op, step.params(), result.lines, result.facts))
             state = result.state
         if not any(s.op == "strip-prefix" for s in self.steps):
@@ -78,6 +80,7 @@ class Pipeline:
             if name in state.tensors:
                 detail = "; ".join(details.get(name, []))
                 report.entries.append(Entry(name, "added", acts, None, None, _info(state.tensors[name]), detail))
+        state.module_versions = versions
         report.params_after = sum(r.numel for r in state.tensors.values())
         report.metadata_out = dict(state.metadata)
         return state, report
@@ -131,7 +134,7 @@ class Pipeline:
         from ckptsurgeon.progress import ByteProgress
 
         with ByteProgress(sum(r.nbytes for r in refs), f"writing {dst}", enabled=progress) as advance:
-            report.output_bytes = w.write(target, refs, report.metadata_out, advance)
+            report.output_bytes = w.write(target, refs, report.metadata_out, advance, state.module_versions)
         if target.sharded:
             report.notes.append(_sharded_note(target))
         if verify:
@@ -192,6 +195,42 @@ def _track(result: StepResult, before: State, origin, history, details, added) -
         raise SurgeonError(
             f"internal error: a step changed keys it did not report ({sorted(missing)[:3]}, {sorted(extra)[:3]})"
         )
+
+
+def _remap_versions(versions: dict[str, dict] | None, changes) -> dict[str, dict] | None:
+    """Follow tensor renames in torch's module version table (``module.features.0`` → ``features.0``).
+
+    A rename maps the module prefixes it changed: the part before the longest common suffix of the
+    old and new names, plus each module along that suffix.
+    """
+    if not versions:
+        return versions
+    mapping: dict[str, str] = {}
+    for ch in changes:
+        if ch.action != "renamed" or ch.old_name is None:
+            continue
+        old, new = ch.old_name.split("."), ch.name.split(".")
+        k = 0
+        while k < min(len(old), len(new)) and old[-1 - k] == new[-1 - k]:
+            k += 1
+        old_head, new_head, common = old[: len(old) - k], new[: len(new) - k], old[len(old) - k :]
+        for i in range(max(k, 1)):  # module prefixes only: never the parameter's own name
+            mapping.setdefault(".".join(old_head + common[:i]), ".".join(new_head + common[:i]))
+
+    def moved(key: str) -> str:
+        if key in mapping:
+            return mapping[key]
+        parts = key.split(".")
+        for i in range(len(parts) - 1, -1, -1):  # modules without tensors follow their parent
+            parent = ".".join(parts[:i])
+            if parent in mapping:
+                return ".".join(p for p in (mapping[parent], *parts[i:]) if p)
+        return key
+
+    out: dict[str, dict] = {}
+    for key, value in versions.items():
+        out.setdefault(moved(key), value)
+    return out
 
 
 def _sharded_note(target) -> str:

@@ -176,3 +176,15 @@ def test_input_bytes_unchanged(tmp_path):
     for name in before:
         assert run_cli("convert", FIXTURES / name, tmp_path / (name + ".safetensors")).code == 0
     assert before == {p.name: p.read_bytes() for p in FIXTURES.glob("*.pth")}
+
+
+def test_pt_output_keeps_torch_module_versions_following_renames(tmp_path):
+    """Some modules (torchvision's MNASNet) read their version from the state dict's _metadata."""
+    plain = torch.load(FIXTURES / "resnet.pth", weights_only=True)
+    assert run_cli("convert", FIXTURES / "resnet.pth", tmp_path / "a.pt").code == 0
+    assert torch.load(tmp_path / "a.pt", weights_only=True)._metadata == plain._metadata
+    assert run_cli("convert", FIXTURES / "ddp.pth", tmp_path / "b.pt", "--strip-prefix", "module.").code == 0
+    assert torch.load(tmp_path / "b.pt", weights_only=True)._metadata == plain._metadata
+    assert run_cli("convert", FIXTURES / "resnet.pth", tmp_path / "c.pt", "--add-prefix", "backbone.").code == 0
+    moved = torch.load(tmp_path / "c.pt", weights_only=True)._metadata
+    assert moved == {("backbone." + k if k else "backbone"): v for k, v in plain._metadata.items()}

@@ -91,11 +91,24 @@ def _open_torch(path: str, fmt: str, key: str | None) -> Checkpoint:
         else:
             tensors[str(name)] = ref
     ckpt = Checkpoint(path=path, format=fmt, tensors=tensors, container=container)
+    ckpt.module_versions = _module_versions(state) or (_module_versions(obj) if container.key is None else None)
     if skipped:
         ckpt.notes.append(
             f"{len(skipped)} non-tensor entries in the state dict were left out: {', '.join(skipped[:5])}"
         )
     return ckpt
+
+
+def _module_versions(state: Any) -> dict[str, dict] | None:
+    """The ``_metadata`` table torch.save keeps on a state dict, if it is plain data."""
+    table = getattr(state, "_metadata", None)
+    if not isinstance(table, dict):
+        return None
+    out = {}
+    for k, v in table.items():
+        if isinstance(k, str) and isinstance(v, dict) and all(isinstance(x, (str, int, bool)) for x in v.values()):
+            out[k] = dict(v)
+    return out or None
 
 
 def _count_tensors(obj: Any, is_tensor) -> int:

@@ -111,10 +111,16 @@ class _StatePickler(pickle._Pickler):  # the Python pickler: its save_global can
         return ("storage", _UNTYPED, obj.key, "cpu", obj.numel * dt.itemsize)
 
 
-def pickle_state(state: dict[str, TensorOut]) -> bytes:
-    """``data.pkl`` for a flat ``{name: tensor}``, as torch.save pickles it (protocol 2), without torch."""
+def pickle_state(state: dict[str, TensorOut], module_versions: dict | None = None) -> bytes:
+    """``data.pkl`` for a flat ``{name: tensor}``, as torch.save pickles it (protocol 2), without torch.
+
+    ``module_versions`` becomes the state dict's ``_metadata``, as ``Module.state_dict()`` sets it.
+    """
     buf = io.BytesIO()
-    _StatePickler(buf, protocol=2).dump(collections.OrderedDict(state))
+    od = collections.OrderedDict(state)
+    if module_versions:
+        od._metadata = collections.OrderedDict((k, dict(v)) for k, v in module_versions.items())
+    _StatePickler(buf, protocol=2).dump(od)
     return buf.getvalue()
 
 

@@ -455,7 +455,9 @@ class _KnownCRCs:
         return self.by_path[span.path].get((span.offset, span.length))
 
 
-def write_pt(refs: list[TensorRef], dst: str, progress: Advance | None = None) -> int:
+def write_pt(
+    refs: list[TensorRef], dst: str, progress: Advance | None = None, module_versions: dict | None = None
+) -> int:
     """Write a flat ``{name: tensor}`` torch zip, record by record; returns its size in bytes.
 
     Storage sharing and strides are kept. Tensors from a source file are copied as bytes, never
@@ -465,7 +467,7 @@ def write_pt(refs: list[TensorRef], dst: str, progress: Advance | None = None) -
     from ckptsurgeon.formats.torch_write import ZipWriter, pickle_state
 
     state, records = _plan_pt(refs)
-    data_pkl = pickle_state(state)
+    data_pkl = pickle_state(state, module_versions)
     crcs = _KnownCRCs()
     with atomic_output(dst, progress) as out:
         zw = ZipWriter(out)
@@ -488,12 +490,23 @@ def write_pt(refs: list[TensorRef], dst: str, progress: Advance | None = None) -
 # --- any target ----------------------------------------------------------------------------------
 
 
-def write(target: Target, refs: list[TensorRef], metadata: dict[str, str], progress: Advance | None = None) -> int:
+def write(
+    target: Target,
+    refs: list[TensorRef],
+    metadata: dict[str, str],
+    progress: Advance | None = None,
+    module_versions: dict[str, dict] | None = None,
+) -> int:
     """Write ``refs`` to ``target`` (one file, or shards and an index); returns the bytes written.
 
-    ``metadata`` goes into every safetensors file (torch files have no place for it).
+    ``metadata`` goes into every safetensors file (torch files have no place for it);
+    ``module_versions`` (torch's ``_metadata``) goes onto a single torch file's state dict.
     """
     if not target.sharded:
+        if target.format != "safetensors":
+            size = write_pt(refs, target.path, progress, module_versions)
+            target.files = [target.path]
+            return size
         size = _write_file(target.format, refs, metadata, target.path, progress)
         target.files = [target.path]
         return size

@@ -25,6 +25,8 @@ class State:
 
     tensors: dict[str, TensorRef]
     metadata: dict[str, str] = field(default_factory=dict)
+    # torch's module version table, carried by the pipeline (transforms need not copy it)
+    module_versions: dict[str, dict] | None = None
 
 
 @dataclass
