@@ -53,3 +53,36 @@ def assert_one_line_error(res: Result, *needles: str) -> None:
     low = lines[0].lower()
     for n in needles:
         assert n.lower() in low, (n, lines[0])
+
+
+@pytest.fixture
+def run(capsys):
+    """The real command in this process (fast): ``run(*args) -> Result(code, out, err)``."""
+    from ckptsurgeon.cli import main
+
+    def _run(*args) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0
+        cap = capsys.readouterr()
+        return Result(code, cap.out, cap.err)
+
+    return _run
+
+
+def fixture_models():
+    """``fixtures/make_fixtures.py`` as a module: the model classes the fixtures were built from."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("_ckptsurgeon_fixture_models", FIXTURES / "make_fixtures.py")
+    mod = importlib.util.module_from_spec(spec)
+    old, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.dont_write_bytecode = old
+    return mod

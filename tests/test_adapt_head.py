@@ -8,10 +8,8 @@ here with plain torch ops on the fixture files.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,43 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ckptsurgeon import Pipeline
-from ckptsurgeon.cli import main
 from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.formats import open_checkpoint
 from ckptsurgeon.transforms.head import AdaptHead, parse_class_file, parse_class_spec
-from tests.conftest import FIXTURES, Result, assert_one_line_error, run_cli
+from tests.conftest import FIXTURES, assert_one_line_error, fixture_models, run_cli
 
-
-def _load_models():
-    spec = importlib.util.spec_from_file_location("_adapt_head_fixture_models", FIXTURES / "make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    old = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.dont_write_bytecode = old
-    return mod
-
-
-mf = _load_models()
-
-
-@pytest.fixture
-def run(capsys):
-    """The real command in this process: ``run(*args) -> Result(code, out, err)``."""
-
-    def _run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return _run
+mf = fixture_models()
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:

@@ -7,9 +7,7 @@ here by hand with plain torch ops (channel indexing, left-to-right sums), never 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -19,44 +17,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ckptsurgeon import Pipeline, TensorRef
-from ckptsurgeon.cli import main
 from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.formats import open_checkpoint
 from ckptsurgeon.transforms.stem import AdaptStem
-from tests.conftest import FIXTURES, Result, assert_one_line_error, run_cli
+from tests.conftest import FIXTURES, assert_one_line_error, fixture_models, run_cli
 
-
-def _load_models():
-    spec = importlib.util.spec_from_file_location("_adapt_stem_fixture_models", FIXTURES / "make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    old = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.dont_write_bytecode = old
-    return mod
-
-
-mf = _load_models()
+mf = fixture_models()
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@pytest.fixture
-def run(capsys):
-    """The real command in this process: ``run(*args) -> Result(code, out, err)``."""
-
-    def _run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return _run
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 
 import pytest
 import torch
@@ -26,24 +24,13 @@ from ckptsurgeon import (
     load_recipe,
 )
 from ckptsurgeon.cli import main
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES, ROOT, fixture_models
 
 DDP = FIXTURES / "ddp.pth"
 GRAY7 = ROOT / "examples" / "recipes" / "ddp-to-gray-7class.toml"
 
 
-def _models():
-    spec = importlib.util.spec_from_file_location("_api_fixture_models", FIXTURES / "make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    old, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.dont_write_bytecode = old
-    return mod
-
-
-mf = _models()
+mf = fixture_models()
 
 
 def cli(*args) -> None:

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ckptsurgeon.cli import main
-from tests.conftest import FIXTURES, Result, assert_one_line_error, run_cli
+from tests.conftest import FIXTURES, assert_one_line_error, run_cli
 
 DDP = FIXTURES / "ddp.pth"
 RESNET = torch.load(FIXTURES / "resnet.pth", weights_only=True)
-
-
-@pytest.fixture
-def run(capsys):
-    """The real command in this process (fast): ``run(*args) -> Result(code, out, err)``."""
-
-    def _run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return _run
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,9 @@ stay fast; one goes through a subprocess as a user's shell would.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ckptsurgeon.cli import main
 from ckptsurgeon.recipe import OPS
-from tests.conftest import FIXTURES, ROOT, Result, assert_one_line_error, run_cli
+from tests.conftest import FIXTURES, ROOT, assert_one_line_error, fixture_models, run_cli
 
 RECIPES = ROOT / "examples" / "recipes"
 GRAY7 = RECIPES / "ddp-to-gray-7class.toml"
@@ -31,35 +28,7 @@ RESNET = torch.load(FIXTURES / "resnet.pth", weights_only=True)
 TRAIN = torch.load(FIXTURES / "train.pth", weights_only=True)
 
 
-def _models():
-    spec = importlib.util.spec_from_file_location("_recipe_fixture_models", FIXTURES / "make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    old, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.dont_write_bytecode = old
-    return mod
-
-
-mf = _models()
-
-
-@pytest.fixture
-def run(capsys):
-    """The real command in this process: ``run(*args) -> Result(code, out, err)``."""
-
-    def _run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
-        cap = capsys.readouterr()
-        return Result(code, cap.out, cap.err)
-
-    return _run
+mf = fixture_models()
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
