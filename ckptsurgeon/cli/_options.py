@@ -24,6 +24,7 @@ KeyOpt = Annotated[
     Optional[str],
     typer.Option(
         "--key",
+        metavar="PATH",
         help="Dotted path of the state dict in a training checkpoint (default: as timm picks).",
         show_default=False,
     ),
@@ -32,6 +33,7 @@ StripPrefixOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--strip-prefix",
+        metavar="PREFIX",
         help="Remove this leading prefix from every name that has it (repeatable), e.g. 'module.'.",
         show_default=False,
     ),
@@ -43,27 +45,33 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="List kept ten
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No report and no progress bar; errors only.")]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Reopen DST after writing and check every tensor.")]
 AddPrefixOpt = Annotated[
-    Optional[str], typer.Option("--add-prefix", help="Put this prefix before every name.", show_default=False)
+    Optional[str],
+    typer.Option("--add-prefix", metavar="PREFIX", help="Put this prefix before every name.", show_default=False),
 ]
 RenameOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--rename",
+        metavar="'REGEX=>REPL'",
         help="'REGEX=>REPLACEMENT' applied to every name (repeatable, in order; Python re syntax).",
         show_default=False,
     ),
 ]
 SelectOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--select", help="Keep only names matching this glob (repeatable).", show_default=False),
+    typer.Option(
+        "--select", metavar="GLOB", help="Keep only names matching this glob (repeatable).", show_default=False
+    ),
 ]
 DropOpt = Annotated[
-    Optional[list[str]], typer.Option("--drop", help="Drop names matching this glob (repeatable).", show_default=False)
+    Optional[list[str]],
+    typer.Option("--drop", metavar="GLOB", help="Drop names matching this glob (repeatable).", show_default=False),
 ]
 DtypeOpt = Annotated[
     Optional[str],
     typer.Option(
         "--dtype",
+        metavar="DTYPE",
         help="Cast floating tensors to float16, bfloat16 or float32 (integer and bool buffers keep theirs).",
         show_default=False,
     ),
@@ -72,6 +80,7 @@ MaxShardSizeOpt = Annotated[
     Optional[str],
     typer.Option(
         "--max-shard-size",
+        metavar="SIZE",
         help="Split the output into shards of at most this size (5GB, 500MB, 2GiB), named and indexed as "
         "transformers does; one file if everything fits.",
         show_default=False,

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from ckptsurgeon.cli import _options as o
-from ckptsurgeon.cli._run import KeyOptions, run_pipeline
+from ckptsurgeon.cli._run import WriteOptions, run_pipeline, writing_command
 from ckptsurgeon.errors import SurgeonError
 
 NumClassesOpt = Annotated[
@@ -42,6 +42,7 @@ HeadOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--head",
+        metavar="NAME",
         help="Layer prefix of a head to adapt, e.g. fc or head_dist (repeatable; default: detected).",
         show_default=False,
     ),
@@ -100,20 +101,8 @@ def adapt_head(
     init: InitOpt = None,
     std: StdOpt = None,
     seed: SeedOpt = None,
-    key: o.KeyOpt = None,
-    strip_prefix: o.StripPrefixOpt = None,
-    add_prefix: o.AddPrefixOpt = None,
-    rename: o.RenameOpt = None,
-    select: o.SelectOpt = None,
-    drop: o.DropOpt = None,
-    dtype: o.DtypeOpt = None,
-    force: o.ForceOpt = False,
-    dry_run: o.DryRunOpt = False,
-    verify: o.VerifyOpt = False,
-    max_shard_size: o.MaxShardSizeOpt = None,
-    json_: o.JsonOpt = False,
-    verbose: o.VerboseOpt = False,
-    quiet: o.QuietOpt = False,
+    *,
+    opts: WriteOptions,
 ) -> None:
     """Adapt classifier head(s) to --num-classes N: drop (timm's rule), reinit, extend, or keep chosen rows."""
     from ckptsurgeon.formats.writer import output_format
@@ -136,22 +125,8 @@ def adapt_head(
         std=std,
         seed=0 if seed is None else seed,
     )
-    keys = KeyOptions(strip_prefix, add_prefix, rename, select, drop, dtype)
-    report = run_pipeline(
-        [step],
-        src,
-        dst,
-        key=key,
-        keys=keys,
-        force=force,
-        dry_run=dry_run,
-        verify=verify,
-        max_shard_size=max_shard_size,
-        as_json=json_,
-        verbose=verbose,
-        quiet=quiet,
-    )
-    if names and not quiet and output_format(str(dst)) != "safetensors":
+    report = run_pipeline([step], src, dst, opts)
+    if names and not opts.quiet and output_format(str(dst)) != "safetensors":
         where = "would not be" if report.dry_run else "were not"
         sys.stderr.write(
             f"ckptsurgeon: note: the class names {where} stored: a .pt output holds tensors only "
@@ -179,4 +154,4 @@ def _keep_classes(spec: str | None) -> tuple[list[int] | None, list[str] | None]
 
 
 def register(app: typer.Typer) -> None:
-    app.command("adapt-head", help=adapt_head.__doc__)(adapt_head)
+    app.command("adapt-head", help=adapt_head.__doc__)(writing_command(adapt_head))

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from ckptsurgeon.cli import _options as o
-from ckptsurgeon.cli._run import KeyOptions, run_pipeline
+from ckptsurgeon.cli._run import WriteOptions, run_pipeline, writing_command
 
 InChansOpt = Annotated[
     int,
@@ -45,7 +45,10 @@ BaseChansOpt = Annotated[
 ConvOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--conv", help="Stem to adapt, by weight or module name (repeatable); overrides detection.", show_default=False
+        "--conv",
+        metavar="NAME",
+        help="Stem to adapt, by weight or module name (repeatable); overrides detection.",
+        show_default=False,
     ),
 ]
 AllowDropOpt = Annotated[
@@ -62,20 +65,8 @@ def adapt_stem(
     base_chans: BaseChansOpt = 3,
     conv: ConvOpt = None,
     allow_drop: AllowDropOpt = False,
-    key: o.KeyOpt = None,
-    strip_prefix: o.StripPrefixOpt = None,
-    add_prefix: o.AddPrefixOpt = None,
-    rename: o.RenameOpt = None,
-    select: o.SelectOpt = None,
-    drop: o.DropOpt = None,
-    dtype: o.DtypeOpt = None,
-    force: o.ForceOpt = False,
-    dry_run: o.DryRunOpt = False,
-    verify: o.VerifyOpt = False,
-    max_shard_size: o.MaxShardSizeOpt = None,
-    json_: o.JsonOpt = False,
-    verbose: o.VerboseOpt = False,
-    quiet: o.QuietOpt = False,
+    *,
+    opts: WriteOptions,
 ) -> None:
     """Adapt the stem to --in-chans input channels (grayscale, RGB+depth, multispectral); default: as timm."""
     from ckptsurgeon.errors import SurgeonError
@@ -92,22 +83,8 @@ def adapt_stem(
         allow_drop=allow_drop,
         extra_init=extra_init or "mean",
     )
-    keys = KeyOptions(strip_prefix, add_prefix, rename, select, drop, dtype)
-    run_pipeline(
-        [step],
-        src,
-        dst,
-        key=key,
-        keys=keys,
-        force=force,
-        dry_run=dry_run,
-        verify=verify,
-        max_shard_size=max_shard_size,
-        as_json=json_,
-        verbose=verbose,
-        quiet=quiet,
-    )
+    run_pipeline([step], src, dst, opts)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("adapt-stem", help=adapt_stem.__doc__)(adapt_stem)
+    app.command("adapt-stem", help=adapt_stem.__doc__)(writing_command(adapt_stem))

@@ -42,7 +42,10 @@ def diff(
     filter_: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--filter", help="Compare only names matching this glob (repeatable; any may match).", show_default=False
+            "--filter",
+            metavar="GLOB",
+            help="Compare only names matching this glob (repeatable; any may match).",
+            show_default=False,
         ),
     ] = None,
     atol: Annotated[

@@ -25,6 +25,7 @@ def inspect(
         Optional[list[str]],
         typer.Option(
             "--filter",
+            metavar="GLOB",
             help="Only tensors whose name matches this glob (repeatable; any may match).",
             show_default=False,
         ),

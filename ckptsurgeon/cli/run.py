@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from ckptsurgeon.cli import _options as o
-from ckptsurgeon.cli._run import KeyOptions, run_pipeline
+from ckptsurgeon.cli._run import WriteOptions, run_pipeline, writing_command
 
 RecipeArg = Annotated[
     Path, typer.Argument(help="TOML recipe: \\[\\[step]] tables, each an op and its parameters.", show_default=False)
@@ -29,20 +29,8 @@ def run(
     recipe: RecipeArg,
     src: o.SrcArg,
     dst: o.DstArg,
-    key: o.KeyOpt = None,
-    strip_prefix: o.StripPrefixOpt = None,
-    add_prefix: o.AddPrefixOpt = None,
-    rename: o.RenameOpt = None,
-    select: o.SelectOpt = None,
-    drop: o.DropOpt = None,
-    dtype: o.DtypeOpt = None,
-    force: o.ForceOpt = False,
-    dry_run: o.DryRunOpt = False,
-    verify: o.VerifyOpt = False,
-    max_shard_size: o.MaxShardSizeOpt = None,
-    json_: o.JsonOpt = False,
-    verbose: o.VerboseOpt = False,
-    quiet: o.QuietOpt = False,
+    *,
+    opts: WriteOptions,
 ) -> None:
     """Run a recipe's steps in order over SRC and write DST once, atomically.
 
@@ -52,22 +40,8 @@ def run(
     from ckptsurgeon.recipe import load_recipe
 
     plan = load_recipe(recipe)
-    keys = KeyOptions(strip_prefix, add_prefix, rename, select, drop, dtype)
-    run_pipeline(
-        plan.numbered_steps(),
-        src,
-        dst,
-        key=key or plan.key,
-        keys=keys,
-        force=force,
-        dry_run=dry_run,
-        verify=verify,
-        max_shard_size=max_shard_size,
-        as_json=json_,
-        verbose=verbose,
-        quiet=quiet,
-    )
+    run_pipeline(plan.numbered_steps(), src, dst, opts, key=plan.key)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run", help=run.__doc__)(run)
+    app.command("run", help=run.__doc__)(writing_command(run))
