@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ckptsurgeon import Pipeline
@@ -23,32 +23,9 @@ from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.formats import open_checkpoint
 from ckptsurgeon.transforms.head import AdaptHead, parse_class_file, parse_class_spec
 from tests.conftest import FIXTURES, assert_one_line_error, fixture_models, run_cli
+from tests.tensors import assert_rest_bit_exact, assert_same, load
 
 mf = fixture_models()
-
-
-def load(path: Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
-
-
-def assert_same(a: torch.Tensor, b: torch.Tensor, name: str = "") -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
-    assert torch.equal(bits(a), bits(b)), name
-
-
-def assert_rest_bit_exact(src: dict, out: dict, heads: set[str]) -> None:
-    """Every non-head tensor is kept, bit for bit, in the source's order."""
-    assert [k for k in out if k not in heads] == [k for k in src if k not in heads]
-    for k in src:
-        if k not in heads:
-            assert_same(out[k], src[k], k)
 
 
 def stream(seed: int, prefix: str) -> torch.Generator:

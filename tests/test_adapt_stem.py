@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ckptsurgeon import Pipeline, TensorRef
@@ -21,6 +21,7 @@ from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.formats import open_checkpoint
 from ckptsurgeon.transforms.stem import AdaptStem
 from tests.conftest import FIXTURES, assert_one_line_error, fixture_models, run_cli
+from tests.tensors import assert_rest_bit_exact, assert_same, bits, load
 
 mf = fixture_models()
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,30 +39,6 @@ def adapt(run, tmp_path):
         return res, load(dst)
 
     return _adapt
-
-
-def load(path: Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1).contiguous().view(torch.uint8)
-
-
-def assert_same(a: torch.Tensor, b: torch.Tensor, name: str = "") -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
-    assert torch.equal(bits(a), bits(b)), name
-
-
-def assert_rest_bit_exact(src: dict, out: dict, changed: set[str]) -> None:
-    """Every other tensor is kept, bit for bit, in the source's order."""
-    assert [k for k in out if k not in changed] == [k for k in src if k not in changed]
-    for k in src:
-        if k not in changed:
-            assert_same(out[k], src[k], k)
 
 
 # ---- the expected numbers, by hand: float32 math on single channels, cast back at the end ----
