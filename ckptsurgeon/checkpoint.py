@@ -162,8 +162,13 @@ class Checkpoint:
 
     def tied_groups(self) -> list[list[str]]:
         """Names that share one storage, groups of two or more, in checkpoint order."""
-        groups: dict[Any, list[str]] = {}
-        for name, ref in self.tensors.items():
-            if ref.alias is not None:
-                groups.setdefault(ref.alias, []).append(name)
-        return [g for g in groups.values() if len(g) > 1]
+        return tied_groups(self.tensors)
+
+
+def tied_groups(tensors: dict[str, TensorRef]) -> list[list[str]]:
+    """Names in ``tensors`` that share one storage, groups of two or more, in order."""
+    groups: dict[Any, list[str]] = {}
+    for name, ref in tensors.items():
+        if ref.alias is not None:
+            groups.setdefault(ref.alias, []).append(name)
+    return [g for g in groups.values() if len(g) > 1]

@@ -8,8 +8,10 @@ import re
 from collections import Counter
 from typing import Any
 
+from ckptsurgeon.checkpoint import tied_groups
 from ckptsurgeon.formats import open_checkpoint
-from ckptsurgeon.pipeline import Pipeline
+from ckptsurgeon.pipeline import SHARED_NOTE, Pipeline
+from ckptsurgeon.report import shape_str
 
 
 def inspect_checkpoint(
@@ -36,14 +38,10 @@ def inspect_checkpoint(
     total = len(refs)
     if filters:
         refs = [r for r in refs if any(fnmatch.fnmatchcase(r.name, g) for g in filters)]
-    names = {r.name for r in refs}
     tensors = [
         {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "numel": r.numel, "nbytes": r.nbytes} for r in refs
     ]
-    groups: dict[Any, list[str]] = {}
-    for r in state.tensors.values():
-        if r.alias is not None and r.name in names:
-            groups.setdefault(r.alias, []).append(r.name)
+    tied = tied_groups({r.name: r for r in refs})
     return {
         "path": os.fspath(path),
         "format": ckpt.format,
@@ -53,10 +51,11 @@ def inspect_checkpoint(
         "nbytes": sum(t["nbytes"] for t in tensors),
         "dtypes": dict(Counter(t["dtype"] for t in tensors)),
         "filters": list(filters),
-        "container": {"key": ckpt.container.key, "reason": ckpt.container.reason, "others": ckpt.container.others},
+        "container": report.container,
         "metadata": dict(sorted(ckpt.metadata.items())),
-        "tied": [g for g in groups.values() if len(g) > 1],
-        "notes": [n for n in report.notes],
+        "tied": tied,
+        # shared storage has its own entry ("tied"), listed for the filtered names only
+        "notes": [n for n in report.notes if not n.startswith(SHARED_NOTE)],
         "tensors": tensors,
     }
 
@@ -124,7 +123,3 @@ def tree(tensors: list[dict[str, Any]]):
     top = Tree(f"{total:,} params")
     add(top, root)
     return top
-
-
-def shape_str(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"

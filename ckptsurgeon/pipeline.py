@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckptsurgeon.checkpoint import Checkpoint, TensorRef
+from ckptsurgeon.checkpoint import Checkpoint, TensorRef, tied_groups
 from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.report import Entry, Report, StepSummary, TensorInfo
 from ckptsurgeon.transforms import State, StepResult, Transform
@@ -15,6 +15,7 @@ from ckptsurgeon.transforms import State, StepResult, Transform
 if TYPE_CHECKING:
     import torch
 
+SHARED_NOTE = "tensors sharing one storage"
 _HEADLINE = ("dropped", "added", "reshaped", "cast", "renamed")
 
 
@@ -52,7 +53,7 @@ class Pipeline:
         versions = ckpt.module_versions
         for step in self.steps:
             result = step.apply(state)
-            _track(result, state, origin, history, details, added)
+            _track(result, origin, history, details, added)
             versions = _remap_versions(versions, result.changes)
             report.steps.append(StepSummary(step.op, step.params(), result.lines, result.facts))
             state = result.state
@@ -61,9 +62,8 @@ class Pipeline:
             for prefix in ("module.", "_orig_mod."):
                 if names and all(n.startswith(prefix) for n in names):
                     report.notes.append(f"every name starts with {prefix!r}: --strip-prefix {prefix} removes it")
-        tied = [g for g in Checkpoint("", "", state.tensors).tied_groups()]
-        for group in tied:
-            report.notes.append(f"tensors sharing one storage: {', '.join(group)}")
+        for group in tied_groups(state.tensors):
+            report.notes.append(f"{SHARED_NOTE}: {', '.join(group)}")
 
         final_of = {src: cur for cur, src in origin.items() if src is not None}
         for name, ref in ckpt.tensors.items():
@@ -157,7 +157,7 @@ class Pipeline:
         return {name: ref.load() for name, ref in state.tensors.items()}
 
 
-def _track(result: StepResult, before: State, origin, history, details, added) -> None:
+def _track(result: StepResult, origin, history, details, added) -> None:
     """Follow each key through one step's changes, so the report can say where it ended."""
     for ch in result.changes:
         if ch.action == "renamed":

@@ -8,6 +8,11 @@ from typing import Any
 ACTIONS = ("kept", "dropped", "reshaped", "added", "renamed", "cast")
 
 
+def shape_str(shape) -> str:
+    """``[16, 3, 7, 7]``; ``-`` when there is no shape."""
+    return "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else "-"
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]

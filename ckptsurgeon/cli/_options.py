@@ -44,6 +44,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="List kept tensors too.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No report and no progress bar; errors only.")]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="Reopen DST after writing and check every tensor.")]
+FilterOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--filter",
+        metavar="GLOB",
+        help="Only names matching this glob (repeatable; any may match).",
+        show_default=False,
+    ),
+]
 AddPrefixOpt = Annotated[
     Optional[str],
     typer.Option("--add-prefix", metavar="PREFIX", help="Put this prefix before every name.", show_default=False),

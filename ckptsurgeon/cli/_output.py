@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ckptsurgeon.report import Report
+from ckptsurgeon.report import Report, shape_str
 
 FOLD_AFTER = 12  # rows of one action shown before the rest are counted
 STYLE = {"kept": "dim", "dropped": "red", "reshaped": "yellow", "added": "green", "renamed": "cyan", "cast": "magenta"}
@@ -34,10 +34,6 @@ def human_bytes(n: int | None) -> str:
 
 def human_count(n: int) -> str:
     return f"{n:,}"
-
-
-def shape_str(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else "-"
 
 
 def render_report(report: Report, *, as_json: bool, verbose: bool, quiet: bool = False) -> None:

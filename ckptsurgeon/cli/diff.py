@@ -39,15 +39,7 @@ def diff(
         Optional[str], typer.Option("--key-b", help="State dict of B only (overrides --key for B).", show_default=False)
     ] = None,
     strip_prefix: o.StripPrefixOpt = None,
-    filter_: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--filter",
-            metavar="GLOB",
-            help="Compare only names matching this glob (repeatable; any may match).",
-            show_default=False,
-        ),
-    ] = None,
+    filter_: o.FilterOpt = None,
     atol: Annotated[
         Optional[float],
         typer.Option(

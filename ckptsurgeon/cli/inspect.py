@@ -8,7 +8,7 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,15 +21,7 @@ def inspect(
     src: o.SrcArg,
     key: o.KeyOpt = None,
     strip_prefix: o.StripPrefixOpt = None,
-    filter_: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--filter",
-            metavar="GLOB",
-            help="Only tensors whose name matches this glob (repeatable; any may match).",
-            show_default=False,
-        ),
-    ] = None,
+    filter_: o.FilterOpt = None,
     tree_: Annotated[
         bool, typer.Option("--tree", help="Group by dotted prefix with parameter counts; fold numbered blocks.")
     ] = False,

@@ -167,7 +167,7 @@ def pick_state_dict(obj: Any, key: str | None, is_tensor, path: str) -> tuple[di
             raise SurgeonError(f"--key {key!r} holds a {type(node).__name__}, not a state dict", path=path)
         top = key.split(".")[0]
         others = {str(k): describe_value(v, is_tensor) for k, v in obj.items() if k != top}
-        return node, Container(key=key, reason="chosen with --key", others=others)
+        return node, Container(key=key, reason="chosen explicitly (--key, or the recipe's key)", others=others)
     for k in STATE_DICT_KEYS:
         if isinstance(obj.get(k), dict):
             others = {str(o): describe_value(v, is_tensor) for o, v in obj.items() if o != k}

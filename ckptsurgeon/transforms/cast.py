@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptsurgeon import dtypes
-from ckptsurgeon.checkpoint import Checkpoint, TensorRef
+from ckptsurgeon.checkpoint import TensorRef, tied_groups
 from ckptsurgeon.errors import SurgeonError
 from ckptsurgeon.report import Change
 from ckptsurgeon.transforms import State, StepResult, Transform
@@ -71,7 +71,7 @@ class Cast(Transform):
         if skipped_f8:
             lines.append(f"note: float8 tensors are scaled data and were not cast: {', '.join(skipped_f8[:5])}")
         cast_names = {c.name for c in changes}
-        for group in Checkpoint("", "", state.tensors).tied_groups():
+        for group in tied_groups(state.tensors):
             if not cast_names.intersection(group):
                 continue
             lines.append(f"note: {', '.join(group)} shared one storage; after the cast each is written separately")
